@@ -1,0 +1,1 @@
+"""bilstm-jax: Learning Fashion Compatibility with Bidirectional LSTMs, in JAX/Flax."""

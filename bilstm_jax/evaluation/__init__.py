@@ -1,0 +1,1 @@
+"""Feature extraction and the evaluation tasks: FITB, compatibility AUC, generation, scoring."""
