@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from bilstm_jax import text
+from bilstm_jax import metrics, text
 from tfds_polyvore import layout
 from tfds_polyvore import polyvore
 from tfds_polyvore import synthetic
@@ -65,7 +65,7 @@ def prepare(data: ml_collections.ConfigDict) -> "Dataset":
            f"_px{data.synthetic_image_size}_seed{data.synthetic_seed}_rs{data.resample_seed}")
     root = cache / "synthetic" / key
     if not root.exists():
-      logging.info("Generating the synthetic Polyvore in %s", root)
+      metrics.log(f"Generating the synthetic Polyvore in {root}")
       synthetic.generate(root, tuple(data.synthetic_outfits), data.synthetic_image_size,
                          data.synthetic_seed, data.resample_seed)
     data_dir = cache / "tfds" / f"synthetic_{key}"

@@ -177,6 +177,7 @@ class ConvBN(nn.Module):
   stride: int = 1
   padding: str = "SAME"
   dtype: Any = jnp.float32
+  bn_decay: float = BN_DECAY
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
@@ -186,7 +187,7 @@ class ConvBN(nn.Module):
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
         name="conv")(x)
     x = nn.BatchNorm(
-        use_running_average=not train, momentum=BN_DECAY, epsilon=BN_EPSILON,
+        use_running_average=not train, momentum=self.bn_decay, epsilon=BN_EPSILON,
         use_scale=False, use_bias=True, use_fast_variance=False, dtype=self.dtype,
         name="bn")(x, mask=None if mask is None else mask[:, None, None, None])
     return nn.relu(x)
@@ -198,13 +199,14 @@ class Branch(nn.Module):
   depth_multiplier: float
   min_depth: int
   dtype: Any
+  bn_decay: float
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
     depth = depth_fn(self.depth_multiplier, self.min_depth)
 
     def conv(c: Conv, x: jax.Array) -> jax.Array:
-      return ConvBN(depth(c.depth), c.kernel, c.stride, c.padding, self.dtype,
+      return ConvBN(depth(c.depth), c.kernel, c.stride, c.padding, self.dtype, self.bn_decay,
                     name=c.name)(x, train, mask)
 
     for layer in self.layers:
@@ -225,11 +227,12 @@ class Mixed(nn.Module):
   depth_multiplier: float
   min_depth: int
   dtype: Any
+  bn_decay: float
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
     return jnp.concatenate([
-        Branch(branch, self.depth_multiplier, self.min_depth, self.dtype,
+        Branch(branch, self.depth_multiplier, self.min_depth, self.dtype, self.bn_decay,
                name=f"Branch_{b}")(x, train, mask)
         for b, branch in enumerate(self.branches)], axis=-1)
 
@@ -243,6 +246,7 @@ class InceptionV3(nn.Module):
   min_depth: int = 16
   keep_prob: float = 0.8
   dtype: Any = jnp.float32
+  bn_decay: float = BN_DECAY  # running averages' decay (slim: 0.9997)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool,
@@ -261,11 +265,11 @@ class InceptionV3(nn.Module):
     for layer in STEM:
       if isinstance(layer, Conv):
         x = ConvBN(depth(layer.depth), layer.kernel, layer.stride, layer.padding,
-                   self.dtype, name=layer.name)(x, train, mask)
+                   self.dtype, self.bn_decay, name=layer.name)(x, train, mask)
       else:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
     for block, branches in MIXED:
-      x = Mixed(branches, self.depth_multiplier, self.min_depth, self.dtype,
+      x = Mixed(branches, self.depth_multiplier, self.min_depth, self.dtype, self.bn_decay,
                 name=block)(x, train, mask)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dropout(rate=1.0 - self.keep_prob, deterministic=not train)(x)

@@ -1,0 +1,114 @@
+r"""Benchmark: compatibility AUC on a Maryland-sized test set, vectorised vs a per-outfit loop.
+
+  python bench/evaluation.py [--outfits=3076] [--lines=7000] [--loop_outfits=200]
+
+Maryland's test split: 3,076 outfits of 3-8 items (about 17,000 items), about
+7,000 compatibility lines; the paper's model (E = 512, 512 LSTM units) with
+random weights and random item embeddings (the cost does not depend on them).
+The loop is the original's method (one outfit at a time: the LSTM, then a
+softmax against every item); it runs on `loop_outfits` lines and is
+extrapolated, after checking that both give the same scores there.
+"""
+
+import argparse
+import importlib.util
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bilstm_jax.evaluation import compatibility, features as features_lib
+from bilstm_jax.evaluation.predictor import Predictor
+from bilstm_jax.models.outfit_lstm import OutfitModel
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(arg: str = ""):
+  spec = importlib.util.spec_from_file_location("bilstm_config", ROOT / "configs" / "bilstm.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _loop(model, variables, feats, outfits):
+  cands = jnp.concatenate([jnp.asarray(feats.rnn), jnp.zeros((1, feats.dim))])
+  predict = jax.jit(lambda v, x: model.apply(v, x, jnp.array([x.shape[1]]), False,
+                                             method=OutfitModel.predict))
+  end = len(feats)
+  scores = []
+  for rows in outfits.rows:
+    fwd, bwd = predict(variables, feats.rnn[rows][None])
+    total = 0.0
+    for pred, targets in ((fwd[0], list(rows[1:]) + [end]), (bwd[0], [end] + list(rows[:-1]))):
+      logp = jax.nn.log_softmax(np.asarray(pred) @ np.asarray(cands).T, axis=-1)
+      total += float(np.mean(np.asarray(logp)[np.arange(len(rows)), targets]))
+    scores.append(total)
+  return np.array(scores)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--outfits", type=int, default=3076)
+  parser.add_argument("--lines", type=int, default=7000)
+  parser.add_argument("--loop_outfits", type=int, default=200)
+  parser.add_argument("--max_rows", type=int, default=4096)
+  args = parser.parse_args()
+
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(3, 9, size=args.outfits)
+  ids = [f"{o}_{k}" for o, n in enumerate(lengths) for k in range(1, n + 1)]
+  config = load_config()  # the paper's sizes
+  e = config.model.embed_dim
+  feats = features_lib.from_arrays(ids, rng.normal(size=(len(ids), e)) * 0.05,
+                                   rng.normal(size=(len(ids), e)) * 0.05)
+  lines = [{"label": 1, "items": [f"{o}_{k}" for k in range(1, n + 1)]}
+           for o, n in enumerate(lengths)]
+  while len(lines) < args.lines:
+    n = int(rng.integers(3, 9))
+    lines.append({"label": 0, "items": [ids[i] for i in rng.choice(len(ids), n, replace=False)]})
+  model = OutfitModel(config.model, vocab_size=10, feature_dim=8)
+  variables = jax.jit(lambda: model.init(jax.random.key(0), {
+      "features": jnp.zeros((1, 8, 8)), "lengths": jnp.ones(1, jnp.int32),
+      "tokens": jnp.zeros((1, 8, 4), jnp.int32)}, train=False))()
+  predictor = Predictor(model, variables)
+  outfits = compatibility.prepare(lines, feats)
+  print(f"{len(lines)} lines, {len(feats)} candidate items (+ END), E = {e}, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+
+  rows = 2 * sum(len(r) for r in outfits.rows)
+  flops = 2.0 * rows * (len(feats) + 1) * e
+  a = jnp.ones((args.max_rows, e))
+  c = jnp.ones((len(feats) + 1, e))
+  gemm = jax.jit(lambda a, c: a @ c.T)
+  gemm(a, c).block_until_ready()
+  t = time.perf_counter()
+  gemm(a, c).block_until_ready()
+  peak = 2.0 * args.max_rows * c.shape[0] * e / (time.perf_counter() - t)
+  print(f"{rows} predictions x {len(feats) + 1} candidates: {flops / 1e12:.2f} TFLOP of logits; "
+        f"this machine's float32 matmul now: {peak / 1e9:.0f} GFLOP/s -> floor "
+        f"{flops / peak:.1f} s")
+  for label in ("fast, first call (compiles)", "fast, second call"):
+    t = time.perf_counter()
+    f, b = compatibility.lstm_scores(predictor, feats, outfits, max_rows=args.max_rows)
+    auc = compatibility.auc(outfits.labels, f + b)
+    print(f"{label}: {time.perf_counter() - t:.2f} s (AUC {auc:.3f})")
+
+  sub = compatibility.Outfits(keys=outfits.keys[:args.loop_outfits],
+                              rows=outfits.rows[:args.loop_outfits],
+                              labels=outfits.labels[:args.loop_outfits], skipped={})
+  _loop(model, variables, feats, compatibility.Outfits(sub.keys[:8], sub.rows[:8], sub.labels[:8],
+                                                       {}))  # compile every length first
+  t = time.perf_counter()
+  slow = _loop(model, variables, feats, sub)
+  per = (time.perf_counter() - t) / len(sub.rows)
+  fast = (f + b)[:args.loop_outfits]
+  print(f"per-outfit loop: {per * 1e3:.1f} ms per outfit -> {per * len(lines):.0f} s for all "
+        f"{len(lines)} lines (measured on {len(sub.rows)}); max |fast - loop| = "
+        f"{np.max(np.abs(fast - slow)):.2e}")
+
+
+if __name__ == "__main__":
+  main()
