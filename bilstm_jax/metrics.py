@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 from etils import epath
 
 
@@ -141,3 +142,47 @@ def log(message: str) -> None:
   """Prints on process 0 only."""
   if jax.process_index() == 0:
     print(message, flush=True)
+
+
+_CURVE_COLOURS = {"loss": (0, 0, 0), "forward_loss": (31, 119, 180), "backward_loss": (255, 127, 14),
+                  "vse_loss": (44, 160, 44), "siamese_loss": (148, 103, 189),
+                  "valid_loss": (214, 39, 40)}
+
+
+def save_curves(workdir: str | os.PathLike, size: tuple[int, int] = (640, 360)) -> epath.Path | None:
+  """Draws the loss curves of `<workdir>/metrics.jsonl` to `<workdir>/curves.png` (process 0)."""
+  from PIL import Image, ImageDraw  # only needed here
+  workdir = epath.Path(workdir)
+  if jax.process_index() != 0 or not (workdir / "metrics.jsonl").exists():
+    return None
+  series: dict[str, list[tuple[int, float]]] = {}
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    for key in _CURVE_COLOURS:
+      if key in record and np.isfinite(record[key]):
+        series.setdefault(key, []).append((record["step"], record[key]))
+  points = [p for s in series.values() for p in s]
+  if len(points) < 2:
+    return None
+  (w, h), margin = size, 40
+  steps, values = zip(*points)
+  x0, x1, y0, y1 = min(steps), max(max(steps), min(steps) + 1), min(values), max(values)
+  y1 = y1 if y1 > y0 else y0 + 1
+  scale = lambda s, v: (margin + (s - x0) / (x1 - x0) * (w - 2 * margin),
+                        h - margin - (v - y0) / (y1 - y0) * (h - 2 * margin))
+  image = Image.new("RGB", size, "white")
+  draw = ImageDraw.Draw(image)
+  draw.rectangle([margin, margin, w - margin, h - margin], outline=(180, 180, 180))
+  draw.text((margin, h - margin + 5), f"step {x0}", fill="black")
+  draw.text((w - margin - 60, h - margin + 5), f"step {x1}", fill="black")
+  draw.text((2, margin - 12), f"{y1:.3g}", fill="black")
+  draw.text((2, h - margin - 12), f"{y0:.3g}", fill="black")
+  for k, (key, pts) in enumerate(series.items()):
+    colour = _CURVE_COLOURS[key]
+    if len(pts) > 1:
+      draw.line([scale(s, v) for s, v in pts], fill=colour, width=2)
+    draw.text((margin + 5 + 110 * (k % 5), 5 + 14 * (k // 5)), key, fill=colour)
+  path = workdir / "curves.png"
+  with path.open("wb") as f:
+    image.save(f, format="PNG")
+  return path

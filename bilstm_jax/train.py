@@ -242,6 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     ckpt.wait()
     ckpt.close()
     writer.close()
+  metrics.save_curves(workdir)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   return model, variables, dataset, step
 

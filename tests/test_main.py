@@ -41,6 +41,7 @@ def test_main_trains_evaluates_and_writes_its_workdir(tiny_cache, tmp_path):
               "steps_per_sec"):
     assert np.isfinite(train_lines[-1][key]), key
   assert any("valid_loss" in l for l in lines)
+  assert (tmp_path / "curves.png").stat().st_size > 0
 
   report = json.loads((tmp_path / "report.json").read_text())
   assert report["checkpoint_step"] == 4 and report["data"] == "synthetic"

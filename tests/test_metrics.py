@@ -2,6 +2,7 @@
 
 import json
 
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bilstm_jax import metrics
@@ -22,6 +23,9 @@ def test_metric_writer_writes_jsonl_and_tensorboard_events(tmp_path, capsys):
   events.Reload()
   assert sorted(events.Tags()["scalars"]) == ["learning_rate", "loss", "valid_loss"]
   assert [(e.step, e.value) for e in events.Scalars("loss")] == [(10, 2.5), (20, 1.25)]
+
+  with Image.open(metrics.save_curves(tmp_path, size=(320, 200))) as curves:
+    assert curves.format == "PNG" and curves.size == (320, 200)
 
 
 def test_masked_crc32c_matches_known_value():
