@@ -75,10 +75,16 @@ def prepare(data: ml_collections.ConfigDict) -> "Dataset":
     data_dir = cache / "tfds" / f"maryland_{hashlib.sha1(str(root).encode()).hexdigest()[:12]}"
   if data.encoder_features:
     features = FeatureTable.load(pathlib.Path(data.encoder_features).expanduser())
-  builder = polyvore.Polyvore(
+  make_builder = lambda: polyvore.Polyvore(
       config=polyvore.builder_config(images=features is None, resample_seed=data.resample_seed),
       data_dir=str(data_dir), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+  builder = make_builder()
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
+  except FileExistsError:  # another process finished the same build (same cache key) first
+    metrics.log(f"Another process built {data_dir} at the same time; using its records.")
+    builder = make_builder()
   report = dict(builder.info.metadata.get("report", {}))
   if report:
     logging.info("Polyvore build report (%s): %s", builder.data_dir, report)

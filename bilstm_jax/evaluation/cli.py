@@ -97,7 +97,7 @@ def _user_items(config, model, variables, paths):
 
 def _percentile(workdir: str, split: str, score: float) -> str:
   path = report.scores_path(workdir, "compat", "original", split)
-  if not os.path.exists(path):
+  if not path.exists():
     return ""
   saved = report.load_scores(path)
   pos = saved["scores"][saved["labels"] == 1]

@@ -14,7 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from bilstm_jax.evaluation import report
 from bilstm_jax.evaluation.errors import ConfigMismatchError, EvaluationError, UnknownItemError
 
 _FORMAT_VERSION = 1
@@ -67,18 +69,16 @@ class ItemFeatures:
 
   def save(self, path: str | os.PathLike, **meta: Any) -> None:
     """Writes an .npz (`meta` values, e.g. the checkpoint step, are stored alongside)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, ids=self.ids.astype(str), vse=self.vse, rnn=self.rnn,
-             categories=self.categories, positions=self.positions,
-             version=_FORMAT_VERSION, **{f"meta_{k}": v for k, v in meta.items()})
-    os.replace(tmp, path)
+    report.write_atomically(path, lambda f: np.savez(
+        f, ids=self.ids.astype(str), vse=self.vse, rnn=self.rnn, categories=self.categories,
+        positions=self.positions, version=_FORMAT_VERSION,
+        **{f"meta_{k}": v for k, v in meta.items()}))
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> tuple["ItemFeatures", dict[str, Any]]:
     """Reads what `save` wrote: (features, meta)."""
     try:
-      with np.load(path, allow_pickle=False) as z:
+      with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
         if int(z["version"]) != _FORMAT_VERSION:
           raise ConfigMismatchError(f"{path}: feature file version {int(z['version'])}, expected "
                                     f"{_FORMAT_VERSION}; delete it to extract again")

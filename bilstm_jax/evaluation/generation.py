@@ -27,8 +27,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 
+from bilstm_jax.evaluation import report
 from bilstm_jax.evaluation.errors import EvaluationError, NotSupportedError
 from bilstm_jax.evaluation.features import ItemFeatures
 from bilstm_jax.evaluation.predictor import Predictor, Rule
@@ -235,9 +237,9 @@ def render_strip(images: Sequence[Any], is_query: Sequence[bool],
 def save(out: Generated, path_prefix: str | os.PathLike,
          images: Callable[[list[str]], Sequence[Any]], tile: int = TILE) -> tuple[str, str]:
   """Writes <prefix>.png (the strip) and <prefix>.json (ids); returns both paths."""
-  prefix = os.fspath(path_prefix)
-  os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-  render_strip(images(out.ids), out.is_query, out.ids, tile).save(prefix + ".png")
-  with open(prefix + ".json", "w") as f:
-    json.dump(out.to_json(), f, indent=1)
-  return prefix + ".png", prefix + ".json"
+  prefix = epath.Path(path_prefix)
+  png, js = prefix.parent / f"{prefix.name}.png", prefix.parent / f"{prefix.name}.json"
+  strip = render_strip(images(out.ids), out.is_query, out.ids, tile)
+  report.write_atomically(png, lambda f: strip.save(f, format="PNG"))
+  report.write_atomically(js, lambda f: json.dump(out.to_json(), f, indent=1), mode="w")
+  return str(png), str(js)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from bilstm_jax.evaluation.errors import EvaluationError
 
@@ -18,27 +19,36 @@ REPORT_FILE = "report.json"
 SCORES_DIR = "scores"
 
 
-def scores_path(workdir: str | os.PathLike, task: str, protocol: str, split: str) -> str:
+def scores_path(workdir: str | os.PathLike, task: str, protocol: str, split: str) -> epath.Path:
   """Where a workdir keeps the per-question scores of one task (read by fusion)."""
-  return os.path.join(os.fspath(workdir), SCORES_DIR, f"{task}_{protocol}_{split}.npz")
+  return epath.Path(workdir) / SCORES_DIR / f"{task}_{protocol}_{split}.npz"
+
+
+def write_atomically(path: str | os.PathLike, write: Any, mode: str = "wb") -> None:
+  """Calls write(file) on a temporary file beside `path`, then renames it (local or gs://)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f"{path.name}.tmp"
+  with tmp.open(mode) as f:
+    write(f)
+  tmp.replace(path)
 
 
 def save_scores(path: str | os.PathLike, *, task: str, keys: Sequence[str], scores: np.ndarray,
                 skipped: dict[str, int], **fields: Any) -> None:
   """Writes per-question (FITB) or per-outfit (compat) scores as .npz, atomically."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp.npz"
-  np.savez(tmp, task=task, keys=np.array(list(keys), dtype=str), scores=np.asarray(scores),
-           skipped=json.dumps(skipped), **fields)
-  os.replace(tmp, path)
+  write_atomically(path, lambda f: np.savez(
+      f, task=task, keys=np.array(list(keys), dtype=str), scores=np.asarray(scores),
+      skipped=json.dumps(skipped), **fields))
 
 
 def load_scores(path: str | os.PathLike) -> dict[str, Any]:
   """Reads what `save_scores` wrote; `skipped` comes back as a dict, scalars as Python values."""
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     raise EvaluationError(f"No score file {path}: evaluate that workdir first "
                           f"(python -m bilstm_jax.evaluation --workdir=... --task=fitb|compat)")
-  with np.load(path, allow_pickle=False) as z:
+  with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
     out = {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files}
   out["skipped"] = json.loads(out["skipped"])
   return out
@@ -65,16 +75,15 @@ def _num(x: float) -> float | None:
   return None if x is None or np.isnan(x) else round(float(x), 6)
 
 
-def report_path(workdir: str | os.PathLike) -> str:
-  return os.path.join(os.fspath(workdir), REPORT_FILE)
+def report_path(workdir: str | os.PathLike) -> epath.Path:
+  return epath.Path(workdir) / REPORT_FILE
 
 
 def load_report(workdir: str | os.PathLike) -> dict[str, Any]:
   """A workdir's report.json."""
   path = report_path(workdir)
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise EvaluationError(f"Cannot read {path} ({type(e).__name__}: {e}); evaluate the workdir "
                           "first") from e
@@ -88,12 +97,11 @@ def write_report(path: str | os.PathLike, metrics: Sequence[dict[str, Any]],
   replaces an existing one of the same (task, protocol, split), others stay, so
   single-task commands update the report instead of truncating it.
   """
-  path = os.fspath(path)
+  path = epath.Path(path)
   old: dict[str, Any] = {}
-  if os.path.exists(path):
+  if path.exists():
     try:
-      with open(path) as f:
-        old = json.load(f)
+      old = json.loads(path.read_text())
     except json.JSONDecodeError:
       old = {}  # a report cut off mid-write: rewrite it whole
   key = lambda m: (m["task"], m.get("protocol"), m.get("split"))
@@ -101,10 +109,7 @@ def write_report(path: str | os.PathLike, metrics: Sequence[dict[str, Any]],
   merged.update({key(m): m for m in metrics})
   out = {**{k: v for k, v in old.items() if k != "metrics"}, **header,
          "metrics": list(merged.values())}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(f"{path}.tmp", "w") as f:
-    json.dump(out, f, indent=1)
-  os.replace(f"{path}.tmp", path)
+  write_atomically(path, lambda f: json.dump(out, f, indent=1), mode="w")
   return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from bilstm_jax.evaluation import compatibility, fitb, generation, report
@@ -34,8 +35,8 @@ def host_variables(variables: Any) -> Any:
   return jax.tree.map(get, variables)
 
 
-def features_path(workdir: str | os.PathLike, split: str) -> str:
-  return os.path.join(os.fspath(workdir), FEATURES_DIR, f"{split}.npz")
+def features_path(workdir: str | os.PathLike, split: str) -> epath.Path:
+  return epath.Path(workdir) / FEATURES_DIR / f"{split}.npz"
 
 
 def split_features(model: Any, variables: Any, dataset: Any, split: str, batch_size: int,
@@ -43,7 +44,7 @@ def split_features(model: Any, variables: Any, dataset: Any, split: str, batch_s
                    ) -> ItemFeatures:
   """The split's item features, from workdir/features/<split>.npz when it holds this step's."""
   path = features_path(workdir, split) if workdir is not None else None
-  if path and os.path.exists(path):
+  if path and path.exists():
     try:
       feats, meta = ItemFeatures.load(path)
       if meta.get("step") == step and feats.dim == model.config.embed_dim:
@@ -119,7 +120,7 @@ def run_generation(generator: generation.Generator, queries: list[list[str]], ou
   written = []
   for k, query in enumerate(queries):
     out = generator.generate(query, text_vector, text_weight, text)
-    png, js = generation.save(out, os.path.join(out_dir, f"outfit_{k}"), images)
+    png, js = generation.save(out, epath.Path(out_dir) / f"outfit_{k}", images)
     written.append({"query": query, "items": out.ids, "png": png, "json": js})
   return written
 
@@ -168,8 +169,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mode
                                          end_threshold=config.eval.end_threshold or None)
         queries = generation_queries(feats, dataset, split, config.eval.generate)
         generated += run_generation(generator, queries,
-                                    os.path.join(workdir, GENERATED_DIR), item_images(dataset, split))
-  header = {"workdir": workdir, "data": dataset.source, "checkpoint_step": step,
+                                    epath.Path(workdir) / GENERATED_DIR, item_images(dataset, split))
+  header = {"workdir": str(workdir), "data": dataset.source, "checkpoint_step": step,
             "model": model_info(config)}
   if config_name is not None:
     header["config"] = config_name
