@@ -1,0 +1,1 @@
+"""Converters from the authors' TensorFlow checkpoints (needs the `convert` extra)."""
