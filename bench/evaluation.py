@@ -1,4 +1,4 @@
-r"""Benchmark: compatibility AUC on a Maryland-sized test set, vectorised vs a per-outfit loop.
+r"""Benchmark: FITB and compatibility AUC on a Maryland-sized test set, vs a per-outfit loop.
 
   python bench/evaluation.py [--outfits=3076] [--lines=7000] [--loop_outfits=200]
 
@@ -7,30 +7,21 @@ Maryland's test split: 3,076 outfits of 3-8 items (about 17,000 items), about
 random weights and random item embeddings (the cost does not depend on them).
 The loop is the original's method (one outfit at a time: the LSTM, then a
 softmax against every item); it runs on `loop_outfits` lines and is
-extrapolated, after checking that both give the same scores there.
+extrapolated, after checking that both give the same scores there. FITB runs
+one question per outfit (a random blank, the right item and 3 random ones).
 """
 
 import argparse
-import importlib.util
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bilstm_jax.evaluation import compatibility, features as features_lib
-from bilstm_jax.evaluation.predictor import Predictor
+import common
+from bilstm_jax.evaluation import compatibility, features as features_lib, fitb
+from bilstm_jax.evaluation.predictor import Predictor, rule_from_config
 from bilstm_jax.models.outfit_lstm import OutfitModel
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(arg: str = ""):
-  spec = importlib.util.spec_from_file_location("bilstm_config", ROOT / "configs" / "bilstm.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _loop(model, variables, feats, outfits):
@@ -55,12 +46,14 @@ def main():
   parser.add_argument("--lines", type=int, default=7000)
   parser.add_argument("--loop_outfits", type=int, default=200)
   parser.add_argument("--max_rows", type=int, default=4096)
+  parser.add_argument("--json_out", default="", help="write the results here")
   args = parser.parse_args()
+  jax.config.update("jax_threefry_partitionable", False)  # fast init compiles on CPUs
 
   rng = np.random.default_rng(0)
   lengths = rng.integers(3, 9, size=args.outfits)
   ids = [f"{o}_{k}" for o, n in enumerate(lengths) for k in range(1, n + 1)]
-  config = load_config()  # the paper's sizes
+  config = common.load_config()  # the paper's sizes
   e = config.model.embed_dim
   feats = features_lib.from_arrays(ids, rng.normal(size=(len(ids), e)) * 0.05,
                                    rng.normal(size=(len(ids), e)) * 0.05)
@@ -75,8 +68,9 @@ def main():
       "tokens": jnp.zeros((1, 8, 4), jnp.int32)}, train=False))()
   predictor = Predictor(model, variables)
   outfits = compatibility.prepare(lines, feats)
-  print(f"{len(lines)} lines, {len(feats)} candidate items (+ END), E = {e}, "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+  env = common.environment()
+  print(common.describe(env))
+  print(f"{len(lines)} lines, {len(feats)} candidate items (+ END), E = {e}")
 
   rows = 2 * sum(len(r) for r in outfits.rows)
   flops = 2.0 * rows * (len(feats) + 1) * e
@@ -90,11 +84,28 @@ def main():
   print(f"{rows} predictions x {len(feats) + 1} candidates: {flops / 1e12:.2f} TFLOP of logits; "
         f"this machine's float32 matmul now: {peak / 1e9:.0f} GFLOP/s -> floor "
         f"{flops / peak:.1f} s")
+  fast_s = []
   for label in ("fast, first call (compiles)", "fast, second call"):
     t = time.perf_counter()
     f, b = compatibility.lstm_scores(predictor, feats, outfits, max_rows=args.max_rows)
     auc = compatibility.auc(outfits.labels, f + b)
-    print(f"{label}: {time.perf_counter() - t:.2f} s (AUC {auc:.3f})")
+    fast_s.append(time.perf_counter() - t)
+    print(f"{label}: {fast_s[-1]:.2f} s (AUC {auc:.3f})")
+
+  questions = []
+  for o, n in enumerate(lengths):
+    blank = int(rng.integers(1, n + 1))
+    others = [ids[i] for i in rng.choice(len(ids), 3, replace=False)]
+    questions.append({"question": [f"{o}_{k}" for k in range(1, n + 1) if k != blank],
+                      "answers": [f"{o}_{blank}"] + others, "blank_position": blank})
+  fitb_s = []
+  for label in ("first call (compiles)", "second call"):
+    t = time.perf_counter()
+    q = fitb.prepare(questions, feats)
+    scores, _ = fitb.lstm_scores(predictor, feats, q, rule_from_config(config))
+    fitb_s.append(time.perf_counter() - t)
+    print(f"FITB, {len(q.keys)} questions, {label}: {fitb_s[-1]:.2f} s "
+          f"(accuracy {np.mean(np.argmax(scores, 1) == 0):.3f})")
 
   sub = compatibility.Outfits(keys=outfits.keys[:args.loop_outfits],
                               rows=outfits.rows[:args.loop_outfits],
@@ -105,9 +116,17 @@ def main():
   slow = _loop(model, variables, feats, sub)
   per = (time.perf_counter() - t) / len(sub.rows)
   fast = (f + b)[:args.loop_outfits]
+  diff = float(np.max(np.abs(fast - slow)))
   print(f"per-outfit loop: {per * 1e3:.1f} ms per outfit -> {per * len(lines):.0f} s for all "
-        f"{len(lines)} lines (measured on {len(sub.rows)}); max |fast - loop| = "
-        f"{np.max(np.abs(fast - slow)):.2e}")
+        f"{len(lines)} lines (measured on {len(sub.rows)}); max |fast - loop| = {diff:.2e}; "
+        f"the vectorised AUC is {per * len(lines) / fast_s[1]:.0f}x faster")
+  common.write_json(args.json_out, {
+      "benchmark": "evaluation", "environment": env, "lines": len(lines), "items": len(feats),
+      "embed_dim": e, "logit_flops": flops, "matmul_flops_per_s": peak,
+      "compat_first_s": fast_s[0], "compat_s": fast_s[1], "auc": auc,
+      "fitb_questions": len(questions), "fitb_first_s": fitb_s[0], "fitb_s": fitb_s[1],
+      "loop_s_per_outfit": per, "loop_outfits": len(sub.rows), "loop_total_s": per * len(lines),
+      "speedup": per * len(lines) / fast_s[1], "max_abs_diff": diff})
 
 
 if __name__ == "__main__":

@@ -19,17 +19,20 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+import common
 from bilstm_jax import input_pipeline
 
 config_flags.DEFINE_config_file("config", "configs/bilstm.py:demo", "The config to measure.")
 flags.DEFINE_integer("batches", 40, "Batches the loader alone produces.")
 flags.DEFINE_integer("steps", 20, "Train steps fed by the loader (0: skip the train step).")
 flags.DEFINE_bool("fresh_cache", True, "Build in a temporary cache dir (measures a cold build).")
+flags.DEFINE_string("json_out", "", "Write the results here.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
+  jax.config.update("jax_threefry_partitionable", False)  # fast init compiles on CPUs
   config = FLAGS.config
   with tempfile.TemporaryDirectory() as tmp:
     if FLAGS.fresh_cache:
@@ -40,18 +43,24 @@ def main(argv):
     cold = time.perf_counter() - t
     t = time.perf_counter()
     ds = input_pipeline.prepare(config.data)
-    print(f"prepare: {cold:.1f} s cold (generate + build), {time.perf_counter() - t:.2f} s warm; "
+    warm = time.perf_counter() - t
+    print(f"prepare: {cold:.1f} s cold (generate + build), {warm:.2f} s warm; "
           f"{ds.num_outfits('train')} train outfits, {ds.source} data")
     d = config.data
+    env = common.environment()
+    print(common.describe(env))
     print(f"batch {config.train.batch_size} outfits x {d.max_items} slots, "
-          f"images {d.image_size}px, {d.num_threads} decode threads, "
-          f"{jax.local_device_count()} {jax.default_backend()} device(s)")
-    loader_rate = _loader(ds, config)
+          f"images {d.image_size}px, {d.num_threads} decode threads")
+    record = {"benchmark": "input_pipeline", "environment": env,
+              "config": {"batch_size": config.train.batch_size, "image_size": d.image_size,
+                         "max_items": d.max_items, "num_threads": d.num_threads},
+              "prepare_cold_s": cold, "prepare_warm_s": warm, **_loader(ds, config)}
     if FLAGS.steps:
-      _fed_train_steps(ds, config, loader_rate)
+      record.update(_fed_train_steps(ds, config, record["batches_per_s"]))
+    common.write_json(FLAGS.json_out, record)
 
 
-def _loader(ds, config) -> float:
+def _loader(ds, config) -> dict:
   it = input_pipeline.train_batches(ds, config, process_index=0, process_count=1)
   next(it)  # warm up the pools
   images, t = 0, time.perf_counter()
@@ -60,10 +69,10 @@ def _loader(ds, config) -> float:
   dt = time.perf_counter() - t
   it.close()
   print(f"loader: {FLAGS.batches / dt:.1f} batches/s, {images / dt:.0f} decoded images/s")
-  return FLAGS.batches / dt
+  return {"batches_per_s": FLAGS.batches / dt, "images_per_s": images / dt}
 
 
-def _fed_train_steps(ds, config, loader_rate):
+def _fed_train_steps(ds, config, loader_rate) -> dict:
   # The lead's trainer, exactly as train.py builds it.
   from bilstm_jax import sharding
   from bilstm_jax import train
@@ -90,6 +99,8 @@ def _fed_train_steps(ds, config, loader_rate):
   print(f"train step fed by the loader: {step_rate:.2f} steps/s, waiting for data "
         f"{100 * sum(waits) / dt:.1f}% of the time (median wait {1e3 * np.median(waits):.1f} ms); "
         f"the loader alone makes {loader_rate / step_rate:.1f}x the batches the step consumes")
+  return {"fed_steps_per_s": step_rate, "data_wait_fraction": sum(waits) / dt,
+          "median_wait_s": float(np.median(waits)), "loader_vs_step": loader_rate / step_rate}
 
 
 if __name__ == "__main__":
