@@ -194,15 +194,9 @@ def convert(tensors: dict[str, np.ndarray], abstract: dict,
           f"{name} has shape {value.shape}, but {'/'.join(key)} needs {shape}: the config does "
           "not describe this model (embed_dim, hidden_dim, cell, inception depth).")
     out[key] = value.astype(target.dtype)
-  if missing:
-    raise CheckpointMismatchError(
-        f"Missing from the checkpoint: {_shortlist(missing)} ({len(missing)} in all).")
-  extra = sorted(n for n in tensors.keys() - used if not IGNORED.match(n))
-  if extra:
-    raise CheckpointMismatchError(
-        f"Unexpected variables in the checkpoint: {_shortlist(extra)} ({len(extra)} in all); "
-        "the config does not describe this model (e.g. model.cell, or a vse_only/siamese "
-        "checkpoint converted without its variant).")
+  _check_all_used(tensors, used, missing,
+                  "the config does not describe this model (e.g. model.cell, or a vse_only/"
+                  "siamese checkpoint converted without its variant)")
   step = int(tensors["global_step"]) if "global_step" in tensors else 0
   return Converted(traverse_util.unflatten_dict(out), step, zeroed)
 
@@ -232,6 +226,12 @@ def inception_to_timm(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
       out[timm_name] = np.ascontiguousarray(value.transpose(3, 2, 0, 1)) if kernel else value
       used.add(name)
     out[f"{timm}.bn.weight"] = np.ones((conv.depth,), np.float32)  # slim has no scale
+  _check_all_used(tensors, used, missing, "expected slim's inception_v3 (inception_v3_2016_08_28)")
+  return out
+
+
+def _check_all_used(tensors: dict, used: set[str], missing: list[str], what_to_do: str) -> None:
+  """Every variable of the checkpoint is used (but the ignored heads), and none is missing."""
   if missing:
     raise CheckpointMismatchError(
         f"Missing from the checkpoint: {_shortlist(missing)} ({len(missing)} in all).")
@@ -239,8 +239,7 @@ def inception_to_timm(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   if extra:
     raise CheckpointMismatchError(
         f"Unexpected variables in the checkpoint: {_shortlist(extra)} ({len(extra)} in all); "
-        "expected slim's inception_v3 (inception_v3_2016_08_28).")
-  return out
+        f"{what_to_do}.")
 
 
 def vocab_size(config: ml_collections.ConfigDict) -> int:
