@@ -1,7 +1,6 @@
 """The real entry point, `python -m bilstm_jax.main`, on tiny configs in temporary workdirs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from bilstm_jax import checkpointing
 from tests.helpers import ROOT
