@@ -211,18 +211,22 @@ def test_missing_fusion_module_fails_before_training(tmp_path, capsys):
   assert code == 2 and "bilstm_jax.evaluation.fusion" in err and commands(out) == []
 
 
+def _run_tiny_ablations(tmp_path, variants: str, timeout: int) -> dict:
+  """launch/ablations.py on the tiny config for real; returns its ablations.json."""
+  workdir = tmp_path / "abl"
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "ablations.py"), "--base=configs/bilstm.py:tiny",
+       f"--workdir={workdir}", f"--variants={variants}", "--",
+       f"--config.data.cache_dir={tmp_path / 'cache'}"],
+      capture_output=True, text=True, timeout=timeout, check=False)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return json.loads((workdir / "ablations.json").read_text())
+
+
 @pytest.mark.slow
 def test_real_runs_on_demo_data(tmp_path):
   """Two real tiny runs on the synthetic data, then their table (~4 min a run on 2 CPUs)."""
-  workdir = tmp_path / "abl"
-  cache = tmp_path / "cache"
-  result = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "ablations.py"), "--base=configs/bilstm.py:tiny",
-       f"--workdir={workdir}", "--variants=full,vse_only", "--",
-       f"--config.data.cache_dir={cache}"],
-      capture_output=True, text=True, timeout=1200, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  data = json.loads((workdir / "ablations.json").read_text())
+  data = _run_tiny_ablations(tmp_path, "full,vse_only", timeout=1200)
   assert {r["variant"] for r in data["rows"]} == {"full", "vse_only"}
   assert all(r["data"] == "synthetic" and r["checkpoint_step"] == 4 for r in data["rows"])
   assert {"fitb", "compat_auc"} <= set(data["tasks"])
@@ -231,12 +235,5 @@ def test_real_runs_on_demo_data(tmp_path):
 @pytest.mark.slow
 def test_real_late_fusion_on_demo_data(tmp_path):
   """The fusion row from three real tiny runs (minutes on 2 CPUs)."""
-  workdir = tmp_path / "abl"
-  result = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "ablations.py"), "--base=configs/bilstm.py:tiny",
-       f"--workdir={workdir}", "--variants=fusion", "--",
-       f"--config.data.cache_dir={tmp_path / 'cache'}"],
-      capture_output=True, text=True, timeout=1800, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  data = json.loads((workdir / "ablations.json").read_text())
+  data = _run_tiny_ablations(tmp_path, "fusion", timeout=1800)
   assert [r["variant"] for r in data["rows"]][-1] == "fusion"
