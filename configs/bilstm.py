@@ -61,6 +61,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   m.inception.min_depth = 16  # slim's minimum channel count under a depth multiplier
   m.inception.keep_prob = 0.8  # dropout keep probability on the pooled features (when trained)
   m.inception.bn_decay = 0.9997  # decay of batch norm's running averages (slim's)
+  m.inception.filter_grad = "auto"  # conv dL/dW: "matmul", "xla", or "auto" (matmul on CPUs)
   m.inception.weights = ""  # ImageNet weights: timm .safetensors or Keras .h5; "" = random init
   m.train_inception = True  # fine-tune the encoder (paper); False freezes it (use running BN stats)
 

@@ -3,8 +3,8 @@
 The network runs through Mixed_7c, then global average pooling and dropout
 (only while the encoder trains), as in Han et al. 2017. Batch norm follows slim:
 decay 0.9997, epsilon 1e-3, a learned offset and no learned scale; convolutions
-have no bias. Submodules carry slim's names (e.g. Mixed_5b/Branch_1/
-Conv2d_0b_5x5), each holding a `conv` (kernel) and a `bn` (bias; mean and var
+have no bias (and a fast filter gradient on CPUs, see conv.py). Submodules
+carry slim's names (e.g. Mixed_5b/Branch_1/Conv2d_0b_5x5), each holding a `conv` (kernel) and a `bn` (bias; mean and var
 in `batch_stats`).
 
 `load` reads ImageNet weights from timm's `inception_v3.tf_in1k` .safetensors
@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
+
+from bilstm_jax.models import conv
 
 BN_DECAY = 0.9997
 BN_EPSILON = 1e-3
@@ -178,12 +180,14 @@ class ConvBN(nn.Module):
   padding: str = "SAME"
   dtype: Any = jnp.float32
   bn_decay: float = BN_DECAY
+  filter_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
     x = nn.Conv(
         self.features, self.kernel, strides=self.stride, padding=self.padding,
         use_bias=False, dtype=self.dtype,
+        conv_general_dilated=conv.with_filter_grad(self.filter_grad),
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
         name="conv")(x)
     x = nn.BatchNorm(
@@ -200,6 +204,7 @@ class Branch(nn.Module):
   min_depth: int
   dtype: Any
   bn_decay: float
+  filter_grad: str
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
@@ -207,7 +212,7 @@ class Branch(nn.Module):
 
     def conv(c: Conv, x: jax.Array) -> jax.Array:
       return ConvBN(depth(c.depth), c.kernel, c.stride, c.padding, self.dtype, self.bn_decay,
-                    name=c.name)(x, train, mask)
+                    self.filter_grad, name=c.name)(x, train, mask)
 
     for layer in self.layers:
       if layer == AVG_POOL:
@@ -228,12 +233,13 @@ class Mixed(nn.Module):
   min_depth: int
   dtype: Any
   bn_decay: float
+  filter_grad: str
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
     return jnp.concatenate([
         Branch(branch, self.depth_multiplier, self.min_depth, self.dtype, self.bn_decay,
-               name=f"Branch_{b}")(x, train, mask)
+               self.filter_grad, name=f"Branch_{b}")(x, train, mask)
         for b, branch in enumerate(self.branches)], axis=-1)
 
 
@@ -247,6 +253,7 @@ class InceptionV3(nn.Module):
   keep_prob: float = 0.8
   dtype: Any = jnp.float32
   bn_decay: float = BN_DECAY  # running averages' decay (slim: 0.9997)
+  filter_grad: str = "auto"  # how convolutions compute dL/dW (conv.FILTER_GRADS)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool,
@@ -265,12 +272,12 @@ class InceptionV3(nn.Module):
     for layer in STEM:
       if isinstance(layer, Conv):
         x = ConvBN(depth(layer.depth), layer.kernel, layer.stride, layer.padding,
-                   self.dtype, self.bn_decay, name=layer.name)(x, train, mask)
+                   self.dtype, self.bn_decay, self.filter_grad, name=layer.name)(x, train, mask)
       else:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
     for block, branches in MIXED:
       x = Mixed(branches, self.depth_multiplier, self.min_depth, self.dtype, self.bn_decay,
-                name=block)(x, train, mask)
+                self.filter_grad, name=block)(x, train, mask)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dropout(rate=1.0 - self.keep_prob, deterministic=not train)(x)
 

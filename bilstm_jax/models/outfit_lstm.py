@@ -102,8 +102,8 @@ class OutfitModel(nn.Module):
     if self.feature_dim is None:
       self.encoder = inception_v3.InceptionV3(
           depth_multiplier=c.inception.depth_multiplier, min_depth=c.inception.min_depth,
-          keep_prob=c.inception.keep_prob, bn_decay=c.inception.bn_decay, dtype=self.dtype,
-          name="InceptionV3")
+          keep_prob=c.inception.keep_prob, bn_decay=c.inception.bn_decay,
+          filter_grad=c.inception.filter_grad, dtype=self.dtype, name="InceptionV3")
     dense = lambda name, bias=False: nn.Dense(
         c.embed_dim, use_bias=bias, kernel_init=init, dtype=self.dtype, name=name)
     self.image_embedding = dense("image_embedding")
