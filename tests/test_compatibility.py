@@ -38,8 +38,9 @@ def test_fast_scores_equal_the_per_outfit_loop():
   lines = world.compat_lines(outfits, seed=3)
   lines.append({"label": 1, "items": [outfits[0][0][0]]})  # a one-item outfit: END both ways
   prepared = compatibility.prepare(lines, feats)
-  # A small row budget: several batches and lengths, padded tails.
-  f, b = compatibility.lstm_scores(Predictor(model, variables), feats, prepared, max_rows=40)
+  # Small budgets: several LSTM batches and lengths, and a partly padded last logits block.
+  f, b = compatibility.lstm_scores(Predictor(model, variables), feats, prepared, max_rows=40,
+                                   block=7)
   want_f, want_b = _reference(model, variables, feats, lines)
   np.testing.assert_allclose(f, want_f, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(b, want_b, rtol=1e-4, atol=1e-4)
@@ -49,6 +50,9 @@ def test_fast_scores_equal_the_per_outfit_loop():
   forward = compatibility.evaluate(lines, feats, Rule("lstm", True, False, name="forward"),
                                    Predictor(model, variables))
   np.testing.assert_allclose(forward.scores, want_f, rtol=1e-4, atol=1e-4)
+  backward = compatibility.evaluate(lines, feats, Rule("lstm", False, True, name="backward"),
+                                    Predictor(model, variables))
+  np.testing.assert_allclose(backward.scores, want_b, rtol=1e-4, atol=1e-4)
 
 
 def test_trained_model_beats_chance():

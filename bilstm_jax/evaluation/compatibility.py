@@ -6,9 +6,9 @@ Forward: at each step the logits are prediction . candidates and the target is
 the next item (END after the last); f_score = -mean cross-entropy over the
 steps. Backward likewise on the reversed outfit; score = f_score + b_score
 (a one-direction model uses its direction). The original loops over outfits in
-Python; here a batch of outfits is one jitted call (predict, then a
-[rows, E] x [E, N+1] logsumexp), with outfits sorted by length so padding
-costs little.
+Python; here the LSTM runs on batches of outfits sorted by length, and the
+real prediction rows of all outfits and both directions go through one
+compiled [block, E] x [E, N+1] log-sum-exp (bench/evaluation.py measures both).
 
 VSE-only / Siamese score: the mean cosine over all pairs of the outfit's items.
 """
@@ -62,64 +62,75 @@ def prepare(lines: Sequence[dict], features: ItemFeatures, min_items: int = 1) -
   return Outfits(keys=keys, rows=rows, labels=np.array(labels, np.int32), skipped=skipped)
 
 
-@functools.partial(jax.jit, static_argnames=("apply", "forward", "backward"))
-def _batch_scores(variables: Any, cands: jax.Array, idx: jax.Array, lengths: jax.Array, *,
-                  apply, forward: bool, backward: bool) -> tuple[jax.Array, jax.Array]:
-  """-mean cross-entropy per outfit and direction against all candidates (last row END)."""
-  end = cands.shape[0] - 1
-  fwd, bwd = apply(variables, cands[idx], lengths)  # padding indexes END: a zero input
-  t = jnp.arange(idx.shape[1])[None, :]
-  valid = t < lengths[:, None]
+@functools.partial(jax.jit, static_argnames=("apply",))
+def _predict(variables: Any, cands: jax.Array, idx: jax.Array, lengths: jax.Array, *,
+             apply) -> tuple[jax.Array, jax.Array]:
+  return apply(variables, cands[idx], lengths)  # padding indexes END: a zero input
 
-  def score(pred, target):
-    logits = jnp.einsum("bte,ne->btn", pred, cands, precision=jax.lax.Precision.HIGHEST)
-    own = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
-    ce = jax.nn.logsumexp(logits, axis=-1) - own
-    return -jnp.sum(jnp.where(valid, ce, 0.0), axis=1) / lengths
 
-  zeros = jnp.zeros(idx.shape[0], jnp.float32)
-  f = score(fwd, jnp.where(t == lengths[:, None] - 1, end, jnp.roll(idx, -1, axis=1))) \
-      if forward else zeros
-  b = score(bwd, jnp.where(t == 0, end, jnp.roll(idx, 1, axis=1))) if backward else zeros
-  return f, b
+@jax.jit
+def _cross_entropy(preds: jax.Array, targets: jax.Array, cands: jax.Array) -> jax.Array:
+  """-log softmax(preds . cands^T)[targets] per row; the target's logit as a row dot."""
+  logits = jnp.dot(preds, cands.T, precision=jax.lax.Precision.HIGHEST)
+  own = jnp.sum(preds * cands[targets], axis=-1)
+  return jax.nn.logsumexp(logits, axis=-1) - own
 
 
 def lstm_scores(predictor: Predictor, features: ItemFeatures, outfits: Outfits,
-                forward: bool = True, backward: bool = True, max_rows: int = 4096
-                ) -> tuple[np.ndarray, np.ndarray]:
+                forward: bool = True, backward: bool = True, max_rows: int = 4096,
+                block: int = 256) -> tuple[np.ndarray, np.ndarray]:
   """(f_score, b_score) per outfit; a direction not asked for is 0.
+
+  First the LSTM's predictions for every outfit (batches of outfits sorted by
+  length, so padding costs little), then the cross-entropies of only the real
+  (outfit, step, direction) rows, `block` rows per call: a [block, N+1] logits
+  matrix at a time, one compiled shape.
 
   Args:
     predictor: the model's predictions.
     features: the candidate set: every item of the split (END is added here).
     outfits: prepared lines (their items are rows of `features`).
     forward, backward: directions to compute.
-    max_rows: outfit positions per call; bounds the [rows, N+1] logits in memory.
+    max_rows: outfit positions per LSTM call.
+    block: prediction rows per logits call; bounds the [block, N+1] logits in memory.
   """
   num = len(outfits.rows)
-  f_all, b_all = np.zeros(num, np.float32), np.zeros(num, np.float32)
-  if not num:
-    return f_all, b_all
+  if not num or not (forward or backward):
+    return np.zeros(num, np.float32), np.zeros(num, np.float32)
   end = len(features)
   cands = jnp.asarray(np.concatenate([features.rnn, np.zeros((1, features.dim), np.float32)]))
   lengths = np.array([len(r) for r in outfits.rows], np.int32)
   order = np.argsort(lengths, kind="stable")
+  directions = [d for d, wanted in ((True, forward), (False, backward)) if wanted]
+  preds, targets, owners = [], [], []  # real rows only, over all batches and directions
   b = max(1, max_rows // int(lengths.max()))
   for start in range(0, num, b):
-    # Sorted by length, a batch is as long as its longest outfit: little padding,
-    # and one compiled shape per distinct length.
     sel = order[start:start + b]
     t = int(lengths[sel].max())
-    idx = np.full((b, t), end, np.int32)
-    lens = np.ones(b, np.int32)
+    idx = np.full((len(sel), t), end, np.int32)
     for r, o in enumerate(sel):
       idx[r, :lengths[o]] = outfits.rows[o]
-      lens[r] = lengths[o]
-    f, bw = _batch_scores(predictor.variables, cands, jnp.asarray(idx), jnp.asarray(lens),
-                          apply=predictor.apply, forward=forward, backward=backward)
-    f_all[sel] = np.asarray(f)[:len(sel)]
-    b_all[sel] = np.asarray(bw)[:len(sel)]
-  return f_all, b_all
+    fwd, bwd = _predict(predictor.variables, cands, jnp.asarray(idx),
+                        jnp.asarray(lengths[sel]), apply=predictor.apply)
+    k = np.arange(t)[None, :]
+    valid = k < lengths[sel][:, None]
+    for is_forward in directions:
+      # Forward: the next item, END after the last. Backward: the previous, END before the first.
+      target = (np.where(k == lengths[sel][:, None] - 1, end, np.roll(idx, -1, axis=1))
+                if is_forward else np.where(k == 0, end, np.roll(idx, 1, axis=1)))
+      preds.append(np.asarray(fwd if is_forward else bwd)[valid])
+      targets.append(target[valid])
+      owners.append(np.broadcast_to(sel[:, None], valid.shape)[valid] * 2 + (not is_forward))
+  preds, targets, owners = np.concatenate(preds), np.concatenate(targets), np.concatenate(owners)
+  pad = -len(preds) % block
+  preds = np.pad(preds, ((0, pad), (0, 0)))
+  targets = np.pad(targets, (0, pad), constant_values=end)
+  ce = np.concatenate([np.asarray(_cross_entropy(preds[i:i + block], targets[i:i + block], cands))
+                       for i in range(0, len(preds), block)])[:len(owners)]
+  totals = np.bincount(owners, weights=ce, minlength=2 * num).reshape(num, 2)
+  f = np.where(forward, -totals[:, 0] / lengths, 0.0)
+  bw = np.where(backward, -totals[:, 1] / lengths, 0.0)
+  return f.astype(np.float32), bw.astype(np.float32)
 
 
 def pairwise_scores(embedding: np.ndarray, outfits: Outfits, chunk: int = 1024) -> np.ndarray:
