@@ -1,5 +1,9 @@
 """Tests of the convolution with a matmul filter gradient, against NumPy and XLA's own."""
 
+import subprocess
+import sys
+import textwrap
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,6 +11,7 @@ import numpy as np
 import pytest
 
 from bilstm_jax.models import conv
+from tests.helpers import ROOT
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # (batch, size, in, out, kernel, stride, padding): Inception's kinds of layer, small.
@@ -98,3 +103,40 @@ def test_flax_conv_uses_it_and_unsupported_settings_are_named():
             conv_general_dilated=conv.with_filter_grad("auto")).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="filter_grad must be one of"):
     conv.with_filter_grad("fast")
+
+
+_SHARDED = textwrap.dedent("""
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from bilstm_jax.models import conv
+
+    try:
+      conv.with_filter_grad("matmul")
+    except ValueError as e:
+      print("refused:", e)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 9, 9, 4)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 4, 5)).astype(np.float32)
+    loss = lambda x, w: jnp.sum(conv.with_filter_grad("auto")(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    dw = jax.jit(jax.grad(loss, argnums=1))(xs, w)
+    np.testing.assert_allclose(dw, conv.filter_gradient(
+        x, 2 * jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        (3, 3), (1, 1), ((1, 1), (1, 1))), rtol=1e-4, atol=1e-3)
+    print("sharded ok")
+""")
+
+
+def test_several_devices_use_xla_filter_gradients():
+  """A sharded batch would put an all-reduce in every step of the matmul loop."""
+  out = subprocess.run([sys.executable, "-c", _SHARDED], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "refused: filter_grad='matmul' needs a single device (8 are visible)" in out.stdout
+  assert "sharded ok" in out.stdout

@@ -9,9 +9,12 @@ slices stay in cache, these are plain matmuls at 2-5x XLA's speed. The forward
 pass and the input gradient are always XLA's own.
 
 Filter gradient modes (`FILTER_GRADS`): "matmul", "xla", and "auto", which is
-"matmul" on CPUs and "xla" elsewhere (cuDNN and TPUs have fast ones), chosen
-when the step is compiled (`lax.platform_dependent`). XLA's cost analysis
-counts the matmul path's loop body once, so FLOPs are read from an "xla" build.
+"matmul" on a single CPU device and "xla" elsewhere: cuDNN and TPUs have fast
+filter gradients (chosen when the step is compiled, `lax.platform_dependent`),
+and with several devices the batch is sharded, so every step of the matmul
+loop would need an all-reduce (XLA's CPU runtime can even deadlock on
+collectives inside a loop). XLA's cost analysis counts the matmul path's loop
+body once, so FLOPs are read from an "xla" build.
 """
 
 import functools
@@ -35,6 +38,9 @@ def with_filter_grad(mode: str) -> Callable[..., jax.Array]:
   """
   if mode not in FILTER_GRADS:
     raise ValueError(f"filter_grad must be one of {FILTER_GRADS}, got {mode!r}")
+  if mode == "matmul" and jax.device_count() > 1:
+    raise ValueError(f"filter_grad='matmul' needs a single device ({jax.device_count()} are "
+                     "visible); use 'auto' or 'xla'")
 
   def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None,
@@ -78,7 +84,7 @@ def _conv_bwd(strides, pads, precision, mode, residuals, dy):
     return jax.linear_transpose(lambda w: _xla_conv(x, w, strides, pads, precision), w)(dy)[0]
 
   matmul_dw = functools.partial(filter_gradient, kernel=w.shape[:2], strides=strides, pads=pads)
-  if mode == "auto":
+  if mode == "auto" and jax.device_count() == 1:
     dw = lax.platform_dependent(x, dy, cpu=matmul_dw, default=xla_dw)
   else:
     dw = (matmul_dw if mode == "matmul" else xla_dw)(x, dy)
@@ -92,9 +98,8 @@ def filter_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
                     strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> jax.Array:
   """dL/dW [kh, kw, C, D] of a NHWC convolution, from its input x and output gradient dy.
 
-  A loop over groups of images that fit in cache (image n = member * steps +
-  step, so a batch sharded across devices stays sharded within each group);
-  each step adds X_tap^T dY over the kernel's taps, in float32.
+  A loop over groups of images that fit in cache; each step adds X_tap^T dY
+  over the kernel's taps, in float32.
   """
   n, ho, wo, d = dy.shape
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
@@ -102,7 +107,7 @@ def filter_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
   fits = [g for g in range(1, n + 1) if n % g == 0 and g * image_bytes <= _CACHE_BYTES]
   group = max(fits, default=1)
   steps = n // group
-  split = lambda a: jnp.swapaxes(a.reshape(group, steps, *a.shape[1:]), 0, 1)
+  split = lambda a: a.reshape(steps, group, *a.shape[1:])
 
   def step(acc, xs):
     xg, dyg = xs
