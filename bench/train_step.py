@@ -227,8 +227,8 @@ def main(argv: list[str]) -> None:
     if args.devices:
       jax.config.update("jax_num_cpu_devices", args.devices)
     if args.num_processes > 1:
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-      jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+      sharding.initialize_processes(args.coordinator_address, args.num_processes,
+                                      args.process_id)
     results = [run_case(cases[0], args)]
     print(common.describe(results[0]["environment"]))
   common.print_table([summarize(r) for r in results], COLUMNS)

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bilstm_jax import evaluation, input_pipeline, train
+from bilstm_jax import evaluation, input_pipeline, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].",
                                           lock_config=True)
@@ -37,9 +37,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # progress and results are printed; Orbax's chatter is not
   if _NUM_PROCESSES.value > 1:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               heartbeat_timeout_seconds=_HEARTBEAT.value)
+    sharding.initialize_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  heartbeat_timeout_seconds=_HEARTBEAT.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
   config = _CONFIG.value

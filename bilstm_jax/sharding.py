@@ -5,6 +5,7 @@ the largest dimension of big parameters (and their optimiser state), FSDP-style.
 """
 
 import math
+import os
 from typing import Any
 
 import jax
@@ -15,6 +16,22 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 BATCH_AXES = ("data", "fsdp")
 # Parameters smaller than this stay replicated: sharding them costs more than it saves.
 MIN_SHARDED_SIZE = 2**16
+
+
+def initialize_processes(coordinator_address: str, num_processes: int, process_id: int,
+                             **kwargs: Any) -> None:
+  """Joins processes into one JAX job; call before any JAX computation.
+
+  Accelerators use their own collectives; CPU devices use gloo. XLA's
+  concurrency-optimised CPU scheduler can order independent collectives
+  differently in each process, and gloo then aborts with "Received data size
+  doesn't match expected size" (2 processes on the demo config did); XLA's
+  default scheduler keeps one order everywhere.
+  """
+  flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
