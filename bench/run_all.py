@@ -1,6 +1,6 @@
 r"""Runs every benchmark, writes one JSON file and prints the summary with the targets.
 
-  python bench/run_all.py                       # small budget (~15-25 min on 2 CPU cores)
+  python bench/run_all.py                       # small budget (~6 min on 2 CPU cores; full: ~10)
   python bench/run_all.py --budget=full --out=bench/results.json
   python bench/run_all.py --only=train_step,evaluation
 
