@@ -84,10 +84,12 @@ def test_matmul_path_groups_images_to_fit_cache(monkeypatch):
                              rtol=1e-4, atol=1e-4)
 
 
-def test_bfloat16_gradients_keep_the_kernel_dtype():
+@pytest.mark.parametrize("mode", conv.FILTER_GRADS)
+def test_bfloat16_gradients_keep_the_kernel_dtype(mode):
   x = jnp.ones((2, 8, 8, 3), jnp.bfloat16)
   w = jnp.ones((3, 3, 3, 4), jnp.bfloat16)
-  out, dx, dw = _grads("matmul", x, w, 1, "SAME", jnp.ones((2, 8, 8, 4), jnp.bfloat16))
+  grads = jax.jit(lambda x, w, dy: _grads(mode, x, w, 1, "SAME", dy))  # as in a train step
+  out, dx, dw = grads(x, w, jnp.ones((2, 8, 8, 4), jnp.bfloat16))
   assert out.dtype == dx.dtype == dw.dtype == jnp.bfloat16
   assert float(dw[1, 1, 0, 0]) == 2 * 8 * 8  # every output pixel sees the centre tap
 

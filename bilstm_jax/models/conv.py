@@ -99,7 +99,7 @@ def filter_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
   """dL/dW [kh, kw, C, D] of a NHWC convolution, from its input x and output gradient dy.
 
   A loop over groups of images that fit in cache; each step adds X_tap^T dY
-  over the kernel's taps, in float32.
+  over the kernel's taps, accumulated in float32 and returned in x's dtype.
   """
   n, ho, wo, d = dy.shape
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
@@ -124,4 +124,4 @@ def filter_gradient(x: jax.Array, dy: jax.Array, kernel: tuple[int, int],
     return acc + jnp.stack(taps).reshape(acc.shape), None
 
   zero = jnp.zeros((*kernel, x.shape[3], d), jnp.float32)
-  return lax.scan(step, zero, (split(xp), split(dy)))[0]
+  return lax.scan(step, zero, (split(xp), split(dy)))[0].astype(x.dtype)
