@@ -154,8 +154,9 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     with jax.profiler.trace(args.profile_dir):
       step()
   seconds = timing["median_s"]
-  flops = _flops(compiled if config.model.inception.filter_grad == "xla"
-                 else _xla_filter_grad_step(config, model, example, mesh, state, batch))
+  loops = config.model.train_inception and config.model.inception.filter_grad != "xla"
+  flops = _flops(_xla_filter_grad_step(config, model, example, mesh, state, batch) if loops
+                 else compiled)
   if flops is not None:
     flops *= jax.device_count()  # the cost analysis counts one device's share
   images = global_batch * config.data.max_items if config.model.train_inception else None
@@ -228,7 +229,7 @@ def main(argv: list[str]) -> None:
       jax.config.update("jax_num_cpu_devices", args.devices)
     if args.num_processes > 1:
       sharding.initialize_processes(args.coordinator_address, args.num_processes,
-                                      args.process_id)
+                                    args.process_id)
     results = [run_case(cases[0], args)]
     print(common.describe(results[0]["environment"]))
   common.print_table([summarize(r) for r in results], COLUMNS)

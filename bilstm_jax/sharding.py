@@ -19,7 +19,7 @@ MIN_SHARDED_SIZE = 2**16
 
 
 def initialize_processes(coordinator_address: str, num_processes: int, process_id: int,
-                             **kwargs: Any) -> None:
+                         **kwargs: Any) -> None:
   """Joins processes into one JAX job; call before any JAX computation.
 
   Accelerators use their own collectives; CPU devices use gloo. XLA's
