@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bilstm_jax import evaluation, input_pipeline, sharding, train
+from bilstm_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variants].",
                                           lock_config=True)
@@ -44,7 +45,7 @@ def main(argv):
   config = _CONFIG.value
   try:
     model, variables, dataset, step = train.train(config, _WORKDIR.value)
-  except input_pipeline.DataNotFoundError as e:
+  except (input_pipeline.DataNotFoundError, ConfigError) as e:
     sys.exit(str(e))
   evaluation.evaluate(config, _WORKDIR.value, model, variables, dataset, step,
                       config_name=flags.FLAGS["config"].config_filename)

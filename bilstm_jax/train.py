@@ -18,6 +18,7 @@ import optax
 from etils import epath
 
 from bilstm_jax import checkpointing, input_pipeline, metrics, sharding
+from bilstm_jax.errors import ConfigError
 from bilstm_jax.models import inception_v3, losses
 from bilstm_jax.models.outfit_lstm import OutfitModel
 
@@ -51,8 +52,8 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int,
   optimizers = {"sgd": lambda: optax.sgd(lr), "momentum": lambda: optax.sgd(lr, momentum=0.9),
                 "adam": lambda: optax.adam(lr)}
   if config.train.optimizer not in optimizers:
-    raise ValueError(f"train.optimizer must be one of {sorted(optimizers)}, "
-                     f"got {config.train.optimizer!r}")
+    raise ConfigError(f"train.optimizer must be one of {sorted(optimizers)}, "
+                      f"got {config.train.optimizer!r}")
   tx = optax.chain(optax.clip_by_global_norm(config.train.clip_norm),
                    optimizers[config.train.optimizer]())
   if config.model.train_inception or ENCODER not in params:

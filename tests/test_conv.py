@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bilstm_jax.errors import ConfigError
 from bilstm_jax.models import conv
 from tests.helpers import ROOT
 
@@ -103,7 +104,7 @@ def test_flax_conv_uses_it_and_unsupported_settings_are_named():
   with pytest.raises(ValueError, match="dilated"):
     nn.Conv(3, (3, 3), kernel_dilation=2,
             conv_general_dilated=conv.with_filter_grad("auto")).init(jax.random.key(0), x)
-  with pytest.raises(ValueError, match="filter_grad must be one of"):
+  with pytest.raises(ConfigError, match="model.inception.filter_grad must be one of"):
     conv.with_filter_grad("fast")
 
 
@@ -140,5 +141,6 @@ def test_several_devices_use_xla_filter_gradients():
   out = subprocess.run([sys.executable, "-c", _SHARDED], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "refused: filter_grad='matmul' needs a single device (8 are visible)" in out.stdout
+  assert ("refused: model.inception.filter_grad='matmul' needs a single device (8 are visible)"
+          in out.stdout)
   assert "sharded ok" in out.stdout

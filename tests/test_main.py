@@ -68,6 +68,13 @@ def test_mistyped_config_key_is_an_error(tmp_path):
   assert out.returncode != 0 and "bach_size" in out.stderr
 
 
+def test_disallowed_config_value_is_named_without_a_traceback(tiny_cache, tmp_path):
+  out = _main("tiny", tmp_path, f"--config.data.cache_dir={tiny_cache}", "--config.model.cell=rnn")
+  assert out.returncode != 0
+  assert "model.cell must be one of ['gru', 'lstm'], got 'rnn'" in out.stderr
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
 def _params(workdir):
   variables, step = checkpointing.restore_variables(workdir)
   return jax.tree.map(np.asarray, variables["params"]), step

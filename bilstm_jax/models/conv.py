@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bilstm_jax.errors import ConfigError
+
 FILTER_GRADS = ("auto", "matmul", "xla")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _CACHE_BYTES = 1_500_000  # padded input bytes per loop step of the matmul dW (measured best)
@@ -37,10 +39,10 @@ def with_filter_grad(mode: str) -> Callable[..., jax.Array]:
   Supports what Inception uses: NHWC inputs, HWIO kernels, no dilation, no groups.
   """
   if mode not in FILTER_GRADS:
-    raise ValueError(f"filter_grad must be one of {FILTER_GRADS}, got {mode!r}")
+    raise ConfigError(f"model.inception.filter_grad must be one of {FILTER_GRADS}, got {mode!r}")
   if mode == "matmul" and jax.device_count() > 1:
-    raise ValueError(f"filter_grad='matmul' needs a single device ({jax.device_count()} are "
-                     "visible); use 'auto' or 'xla'")
+    raise ConfigError(f"model.inception.filter_grad='matmul' needs a single device "
+                      f"({jax.device_count()} are visible); use 'auto' or 'xla'")
 
   def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None,

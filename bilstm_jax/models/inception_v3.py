@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
-from bilstm_jax.models import conv
+from bilstm_jax.models.conv import with_filter_grad
 
 BN_DECAY = 0.9997
 BN_EPSILON = 1e-3
@@ -187,7 +187,7 @@ class ConvBN(nn.Module):
     x = nn.Conv(
         self.features, self.kernel, strides=self.stride, padding=self.padding,
         use_bias=False, dtype=self.dtype,
-        conv_general_dilated=conv.with_filter_grad(self.filter_grad),
+        conv_general_dilated=with_filter_grad(self.filter_grad),
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal"),
         name="conv")(x)
     x = nn.BatchNorm(
@@ -253,7 +253,7 @@ class InceptionV3(nn.Module):
   keep_prob: float = 0.8
   dtype: Any = jnp.float32
   bn_decay: float = BN_DECAY  # running averages' decay (slim: 0.9997)
-  filter_grad: str = "auto"  # how convolutions compute dL/dW (conv.FILTER_GRADS)
+  filter_grad: str = "auto"  # how convolutions compute dL/dW (models/conv.py FILTER_GRADS)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool,

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from bilstm_jax.errors import ConfigError
 from bilstm_jax.models import inception_v3  # noqa
 from bilstm_jax.models.losses import l2_normalize
 
@@ -28,7 +29,7 @@ def symmetric_uniform(scale: float) -> nn.initializers.Initializer:
 
 def compute_dtype(name: str) -> Any:
   if name not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
   return DTYPES[name]
 
 
@@ -113,7 +114,7 @@ class OutfitModel(nn.Module):
     cells = {"lstm": lambda name: LSTMCell(c.hidden_dim, c.init_scale, dtype=self.dtype, name=name),
              "gru": lambda name: GRUCell(c.hidden_dim, c.init_scale, dtype=self.dtype, name=name)}
     if c.cell not in cells:
-      raise ValueError(f"model.cell must be one of {sorted(cells)}, got {c.cell!r}")
+      raise ConfigError(f"model.cell must be one of {sorted(cells)}, got {c.cell!r}")
     self.forward_rnn = nn.RNN(cells[c.cell]("forward_cell"))
     self.backward_rnn = nn.RNN(cells[c.cell]("backward_cell"), reverse=True, keep_order=True)
     self.f_logits = dense("f_logits", bias=True)
