@@ -197,50 +197,49 @@ class ConvBN(nn.Module):
     return nn.relu(x)
 
 
-class Branch(nn.Module):
-  """One branch of a mixed block: its layers in sequence."""
-  layers: tuple
+class Width(NamedTuple):
+  """What every conv layer of one network shares: its width and how it computes."""
   depth_multiplier: float
   min_depth: int
   dtype: Any
   bn_decay: float
   filter_grad: str
 
+  def conv_bn(self, c: Conv) -> ConvBN:
+    """Layer `c` at this width, named as in slim (bound to the module that calls this)."""
+    depth = depth_fn(self.depth_multiplier, self.min_depth)(c.depth)
+    return ConvBN(depth, c.kernel, c.stride, c.padding, self.dtype, self.bn_decay,
+                  self.filter_grad, name=c.name)
+
+
+class Branch(nn.Module):
+  """One branch of a mixed block: its layers in sequence."""
+  layers: tuple
+  width: Width
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
-    depth = depth_fn(self.depth_multiplier, self.min_depth)
-
-    def conv(c: Conv, x: jax.Array) -> jax.Array:
-      return ConvBN(depth(c.depth), c.kernel, c.stride, c.padding, self.dtype, self.bn_decay,
-                    self.filter_grad, name=c.name)(x, train, mask)
-
     for layer in self.layers:
       if layer == AVG_POOL:
         x = nn.avg_pool(x, (3, 3), padding="SAME", count_include_pad=False)
       elif layer == MAX_POOL:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
       elif isinstance(layer, Conv):
-        x = conv(layer, x)
+        x = self.width.conv_bn(layer)(x, train, mask)
       else:
-        x = jnp.concatenate([conv(c, x) for c in layer], axis=-1)
+        x = jnp.concatenate([self.width.conv_bn(c)(x, train, mask) for c in layer], axis=-1)
     return x
 
 
 class Mixed(nn.Module):
   """A mixed block: its branches side by side, concatenated along channels."""
   branches: tuple
-  depth_multiplier: float
-  min_depth: int
-  dtype: Any
-  bn_decay: float
-  filter_grad: str
+  width: Width
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None) -> jax.Array:
-    return jnp.concatenate([
-        Branch(branch, self.depth_multiplier, self.min_depth, self.dtype, self.bn_decay,
-               self.filter_grad, name=f"Branch_{b}")(x, train, mask)
-        for b, branch in enumerate(self.branches)], axis=-1)
+    return jnp.concatenate([Branch(branch, self.width, name=f"Branch_{b}")(x, train, mask)
+                            for b, branch in enumerate(self.branches)], axis=-1)
 
 
 class InceptionV3(nn.Module):
@@ -267,17 +266,16 @@ class InceptionV3(nn.Module):
     """
     if x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < 75:
       raise ValueError(f"InceptionV3 wants images [N, H, W, 3] with H, W >= 75; got {x.shape}.")
-    depth = depth_fn(self.depth_multiplier, self.min_depth)
+    width = Width(self.depth_multiplier, self.min_depth, self.dtype, self.bn_decay,
+                  self.filter_grad)
     x = x.astype(self.dtype)
     for layer in STEM:
       if isinstance(layer, Conv):
-        x = ConvBN(depth(layer.depth), layer.kernel, layer.stride, layer.padding,
-                   self.dtype, self.bn_decay, self.filter_grad, name=layer.name)(x, train, mask)
+        x = width.conv_bn(layer)(x, train, mask)
       else:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
     for block, branches in MIXED:
-      x = Mixed(branches, self.depth_multiplier, self.min_depth, self.dtype, self.bn_decay,
-                self.filter_grad, name=block)(x, train, mask)
+      x = Mixed(branches, width, name=block)(x, train, mask)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return nn.Dropout(rate=1.0 - self.keep_prob, deterministic=not train)(x)
 
